@@ -19,7 +19,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip_slow = pytest.mark.skip(reason="slow test skipped by --skip-slow")
     skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
-        if config.getoption("--skip-slow") and "slow" in item.keywords:
+        # Markers, not keywords: a parametrize id such as "cuda" must not skip a test.
+        if config.getoption("--skip-slow") and item.get_closest_marker("slow"):
             item.add_marker(skip_slow)
-        if "cuda" in item.keywords and not torch.cuda.is_available():
+        if item.get_closest_marker("cuda") and not torch.cuda.is_available():
             item.add_marker(skip_cuda)
