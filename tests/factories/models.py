@@ -1,7 +1,8 @@
 """Tiny random decoder models written to disk by the reference implementation.
 
 Each factory builds a `transformers` model from a tiny config with a fixed seed and saves it with
-`save_pretrained` (config.json + model.safetensors), exactly as a real checkpoint is laid out.
+`save_pretrained` (config.json + model.safetensors), exactly as a real checkpoint is laid out, next
+to a small byte-level BPE tokenizer (tokenizer.json + tokenizer_config.json).
 The same folder is then loaded by pipeserve and by `transformers` for parity tests.
 """
 
@@ -12,7 +13,9 @@ from typing import Any
 
 import torch
 
-VOCAB = 256
+from tests.factories.tokenizers import write_bpe_tokenizer
+
+VOCAB = 512
 
 _COMMON: dict[str, Any] = dict(
     vocab_size=VOCAB,
@@ -100,4 +103,5 @@ def write_tiny_model(folder: Path, family: str, seed: int = 0) -> Path:
     model = getattr(transformers, model_name)(config).eval()
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
+    write_bpe_tokenizer(folder, vocab_size=VOCAB)
     return folder
