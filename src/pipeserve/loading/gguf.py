@@ -14,6 +14,7 @@ not for `qwen2`/`qwen3`, which llama.cpp runs with NeoX-style rotary embeddings 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Iterator
@@ -400,3 +401,27 @@ def _llama3_rope_scaling(divisors: np.ndarray, base: float, dim: int) -> dict[st
         "high_freq_factor": high,
         "original_max_position_embeddings": ctx,
     }
+
+
+@functools.lru_cache(maxsize=4)
+def _open_cached(path: Path, mtime_ns: int, size: int) -> GGUFCheckpoint:
+    return GGUFCheckpoint(path)
+
+
+def open_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
+    """Open a GGUF file, reusing the checkpoint opened last time for the same unchanged file.
+
+    Parsing the header (tens of thousands of vocabulary entries, in Python) is the slow part of
+    opening a GGUF file; the model and its tokenizer both need it, so it is done once.
+
+    Args:
+        path: the `.gguf` file.
+
+    Returns:
+        The (possibly shared) checkpoint; treat it as read-only.
+    """
+    path = Path(path).resolve()
+    if not path.is_file():
+        return GGUFCheckpoint(path)  # raises the usual WeightsError
+    stat = path.stat()
+    return _open_cached(path, stat.st_mtime_ns, stat.st_size)

@@ -94,9 +94,9 @@ def load_model(
     files = resolve_model(model, revision=revision, gguf_file=gguf_file, allow_pickle=allow_pickle)
     checkpoint = None
     if files.gguf_file is not None:
-        from ..loading.gguf import GGUFCheckpoint
+        from ..loading.gguf import open_gguf
 
-        checkpoint = GGUFCheckpoint(files.gguf_file)
+        checkpoint = open_gguf(files.gguf_file)
         hf_config = checkpoint.hf_config()
     else:
         hf_config = read_config(files.root)

@@ -120,10 +120,10 @@ class Tokenizer:
         Returns:
             The tokenizer.
         """
-        from pipeserve.loading.gguf import GGUFCheckpoint
+        from pipeserve.loading.gguf import open_gguf
         from pipeserve.processing.gguf_tokenizer import tokenizer_from_gguf
 
-        parts = tokenizer_from_gguf(GGUFCheckpoint(path))
+        parts = tokenizer_from_gguf(open_gguf(path))
         return cls(
             parts.backend,
             bos_token=parts.bos_token,
