@@ -59,7 +59,7 @@ def test_run_with_chat_template(folder, capsys):
 
 
 def test_info_describes_the_model(folder, capsys):
-    assert main(["info", "--model", str(folder)]) == 0
+    assert main(["info", "--model", str(folder), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "Qwen2ForCausalLM" in out and "float32" in out and "cpu" in out
 

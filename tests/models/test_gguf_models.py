@@ -35,8 +35,8 @@ def test_gguf_model_equals_safetensors_model(tmp_path, family):
         state_dict.pop("lm_head.weight", None)
     path = write_tiny_llama_gguf(tmp_path / "tiny.gguf", state_dict, config, architecture=family)
 
-    from_gguf = load_model(path, dtype="float32")
-    from_folder = load_model(folder, dtype="float32")
+    from_gguf = load_model(path, device="cpu", dtype="float32")
+    from_folder = load_model(folder, device="cpu", dtype="float32")
     assert from_gguf.architecture == from_folder.architecture
     assert torch.equal(_logits(from_gguf.model), _logits(from_folder.model))
 

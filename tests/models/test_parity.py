@@ -40,11 +40,11 @@ def _reference_run(ref, prompt: list[int], steps: list[int]) -> list[torch.Tenso
     # each sequence is measured as if it ran alone in a fresh model.
     ref(torch.tensor([[3]]))
     out = ref(torch.tensor([prompt]), use_cache=True)
-    logits, past = [out.logits[0]], out.past_key_values
+    logits, past = [out.logits[0]], out.cache
     for token in steps:
-        out = ref(torch.tensor([[token]]), past_key_values=past, use_cache=True)
+        out = ref(torch.tensor([[token]]), cache=past, use_cache=True)
         logits.append(out.logits[0, -1:])
-        past = out.past_key_values
+        past = out.cache
     return logits
 
 
