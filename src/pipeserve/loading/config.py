@@ -6,17 +6,26 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PipeserveError
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """Parse a JSON object file, raising ConfigError that names the file when it is not one."""
+def read_json(path: Path, error: type[PipeserveError] = ConfigError) -> dict[str, Any]:
+    """Parse a file holding a JSON object.
+
+    Args:
+        path: the file.
+        error: the exception type to raise (it names the file) when it is unreadable or not an
+            object.
+
+    Returns:
+        The parsed object.
+    """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"cannot read {path}: {err}") from err
+        raise error(f"cannot read {path}: {err}; fix or replace the file") from err
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object, found {type(data).__name__}")
+        raise error(f"{path} must hold a JSON object, found {type(data).__name__}")
     return data
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import Any
 import tokenizers
 
 from pipeserve.errors import ModelNotFoundError, TokenizerError
+from pipeserve.loading.config import read_json
 
 _NAMED_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token")
 
@@ -83,15 +83,8 @@ def read_tokenizer_folder(folder: str | os.PathLike) -> TokenizerFolder:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise TokenizerError(f"cannot read {path}: {error}; fix or delete the file") from error
-    if not isinstance(data, dict):
-        raise TokenizerError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
+    """An optional settings file: {} when absent, TokenizerError when unreadable."""
+    return read_json(path, TokenizerError) if path.is_file() else {}
 
 
 def _token_text(value: Any, key: str) -> str | None:
