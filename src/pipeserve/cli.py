@@ -26,16 +26,20 @@ def default_model() -> str:
 
 
 def _load(args: argparse.Namespace):
+    from .loading.gguf import open_gguf
+    from .loading.resolve import resolve_model
     from .models.auto import load_model
     from .processing.tokenizer import Tokenizer
 
-    model = args.model or default_model()
-    loaded = load_model(model, device=args.device, dtype=args.dtype)
-    if loaded.files.gguf_file is not None:
-        tokenizer = Tokenizer.from_gguf(loaded.files.gguf_file)
-    else:
-        tokenizer = Tokenizer.from_folder(loaded.files.root)
-    return loaded, tokenizer
+    files = resolve_model(args.model or default_model())
+    if files.gguf_file is None:
+        return load_model(files.root, device=args.device, dtype=args.dtype), Tokenizer.from_folder(
+            files.root
+        )
+    # Holding the checkpoint lets the model and the tokenizer share one parse of its header.
+    checkpoint = open_gguf(files.gguf_file)
+    loaded = load_model(checkpoint.path, device=args.device, dtype=args.dtype)
+    return loaded, Tokenizer.from_gguf(checkpoint.path)
 
 
 def _run(args: argparse.Namespace) -> int:

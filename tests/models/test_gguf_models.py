@@ -41,7 +41,7 @@ def test_gguf_model_equals_safetensors_model(tmp_path, family):
     assert torch.equal(_logits(from_gguf.model), _logits(from_folder.model))
 
 
-def test_open_gguf_reuses_the_checkpoint_until_the_file_changes(tmp_path):
+def test_open_gguf_reuses_a_live_checkpoint_until_the_file_changes(tmp_path):
     folder = write_tiny_model(tmp_path / "hf", "llama")
     config = json.loads((folder / "config.json").read_text())
     config.setdefault("rope_theta", 10000.0)
@@ -53,3 +53,18 @@ def test_open_gguf_reuses_the_checkpoint_until_the_file_changes(tmp_path):
     path.write_bytes(path.read_bytes())  # same content, new modification time
     os.utime(path, ns=(first.path.stat().st_atime_ns, first.path.stat().st_mtime_ns + 10**9))
     assert open_gguf(path) is not first
+
+
+def test_open_gguf_does_not_pin_checkpoints(tmp_path):
+    import gc
+    import weakref
+
+    folder = write_tiny_model(tmp_path / "hf", "llama")
+    config = json.loads((folder / "config.json").read_text())
+    config.setdefault("rope_theta", 10000.0)
+    path = write_tiny_llama_gguf(
+        tmp_path / "a.gguf", load_file(folder / "model.safetensors"), config
+    )
+    ref = weakref.ref(open_gguf(path))
+    gc.collect()
+    assert ref() is None

@@ -14,9 +14,9 @@ not for `qwen2`/`qwen3`, which llama.cpp runs with NeoX-style rotary embeddings 
 
 from __future__ import annotations
 
-import functools
 import math
 import os
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -403,16 +403,19 @@ def _llama3_rope_scaling(divisors: np.ndarray, base: float, dim: int) -> dict[st
     }
 
 
-@functools.lru_cache(maxsize=4)
-def _open_cached(path: Path, mtime_ns: int, size: int) -> GGUFCheckpoint:
-    return GGUFCheckpoint(path)
+# Checkpoints still referenced somewhere, by file identity. Weak, so a parsed header (a few hundred
+# MB of Python objects for a large vocabulary) is not pinned once the model and tokenizer are built.
+_OPEN: weakref.WeakValueDictionary[tuple[Path, int, int], GGUFCheckpoint] = (
+    weakref.WeakValueDictionary()
+)
 
 
 def open_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
-    """Open a GGUF file, reusing the checkpoint opened last time for the same unchanged file.
+    """Open a GGUF file, reusing a checkpoint of the same unchanged file that is still in use.
 
     Parsing the header (tens of thousands of vocabulary entries, in Python) is the slow part of
-    opening a GGUF file; the model and its tokenizer both need it, so it is done once.
+    opening a GGUF file. The model and its tokenizer both need it: hold the returned checkpoint
+    while building both and the header is parsed once.
 
     Args:
         path: the `.gguf` file.
@@ -424,4 +427,8 @@ def open_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
     if not path.is_file():
         return GGUFCheckpoint(path)  # raises the usual WeightsError
     stat = path.stat()
-    return _open_cached(path, stat.st_mtime_ns, stat.st_size)
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    checkpoint = _OPEN.get(key)
+    if checkpoint is None:
+        checkpoint = _OPEN[key] = GGUFCheckpoint(path)
+    return checkpoint
