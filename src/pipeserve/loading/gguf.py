@@ -79,6 +79,20 @@ _FLOAT_DTYPE_NAMES = {
 }
 
 
+class _PlainViewReader(GGUFReader):
+    """`GGUFReader` parsing through a plain ndarray view of its memory map.
+
+    The reader slices its `np.memmap` hundreds of thousands of times while parsing the header, and
+    each memmap slice runs Python-level bookkeeping; slices of a plain view of the same mapping
+    (which keeps the map alive through `.base`) cost a third as much, so a file opens 2-3x faster.
+    """
+
+    def _get(self, *args: Any, **kwargs: Any) -> Any:
+        if type(self.data) is np.memmap:
+            self.data = self.data.view(np.ndarray)
+        return super()._get(*args, **kwargs)
+
+
 class GGUFCheckpoint:
     """A GGUF file, opened memory-mapped: metadata, an HF-style config, and HF-named tensors.
 
@@ -97,13 +111,18 @@ class GGUFCheckpoint:
         if not self.path.is_file():
             raise WeightsError(f"GGUF file {self.path} does not exist; check the path.")
         try:
-            self._reader = GGUFReader(self.path)
+            self._reader = _PlainViewReader(self.path)
         except (ValueError, IndexError, OverflowError, KeyError, UnicodeDecodeError) as err:
             raise WeightsError(
                 f"{self.path} is not a readable GGUF file ({err}); it may be truncated or "
                 "another format. Download it again, or pass a safetensors model folder instead."
             ) from err
         self._check_tensor_extents()
+        # NOTE: the reader keeps every metadata value as numpy views, two per vocabulary string:
+        # a quarter of a GB of Python objects for a 49k-token vocabulary. Plain values take a few
+        # MB, so convert once and drop the reader's copies.
+        self._metadata = {key: field.contents() for key, field in self._reader.fields.items()}
+        self._reader.fields.clear()
         architecture = self.metadata("general.architecture")
         if not isinstance(architecture, str):
             raise WeightsError(
@@ -121,8 +140,7 @@ class GGUFCheckpoint:
             key: the GGUF key, e.g. `"llama.context_length"`.
             default: returned when the file has no such key.
         """
-        field = self._reader.fields.get(key)
-        return default if field is None else field.contents()
+        return self._metadata.get(key, default)
 
     def hf_config(self) -> dict[str, Any]:
         """An HF `config.json`-like dict built from the metadata.
@@ -313,8 +331,8 @@ class GGUFCheckpoint:
 
     def _vocab_size(self) -> int:
         size = self._arch_key("vocab_size")
-        if size is None and "tokenizer.ggml.tokens" in self._reader.fields:
-            size = len(self._reader.fields["tokenizer.ggml.tokens"].data)
+        if size is None and "tokenizer.ggml.tokens" in self._metadata:
+            size = len(self._metadata["tokenizer.ggml.tokens"])
         if size is None:
             embed = next((t for t in self._reader.tensors if t.name == "token_embd.weight"), None)
             if embed is None:
