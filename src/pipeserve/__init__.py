@@ -2,6 +2,7 @@
 
 from .errors import PipeserveError
 from .models.auto import LoadedModel, load_model
+from .processing.tokenizer import Tokenizer
 
-__all__ = ["LoadedModel", "PipeserveError", "load_model"]
+__all__ = ["LoadedModel", "PipeserveError", "Tokenizer", "load_model"]
 __version__ = "0.1.0"
