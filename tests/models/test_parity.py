@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -36,15 +38,16 @@ def _record(family: str, diff: float) -> None:
 
 def _reference_run(ref, prompt: list[int], steps: list[int]) -> list[torch.Tensor]:
     """Reference logits of one sequence: prefill, then one cached step per token in `steps`."""
+    # transformers >= 5.24 calls the cache `cache`; older 5.x releases `past_key_values`.
+    name = "cache" if "cache" in inspect.signature(ref.forward).parameters else "past_key_values"
     # Dynamic RoPE in the reference keeps state between calls; a one-token call resets it, so
     # each sequence is measured as if it ran alone in a fresh model.
     ref(torch.tensor([[3]]))
     out = ref(torch.tensor([prompt]), use_cache=True)
-    logits, past = [out.logits[0]], out.cache
+    logits = [out.logits[0]]
     for token in steps:
-        out = ref(torch.tensor([[token]]), cache=past, use_cache=True)
+        out = ref(torch.tensor([[token]]), use_cache=True, **{name: getattr(out, name)})
         logits.append(out.logits[0, -1:])
-        past = out.cache
     return logits
 
 
