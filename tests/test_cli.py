@@ -72,3 +72,15 @@ def test_bad_model_is_a_clear_error(tmp_path, capsys):
 def test_unknown_task(folder, capsys):
     assert main(["run", "summarise-everything", "x", "--model", str(folder)]) == 2
     assert "unknown task" in capsys.readouterr().err
+
+
+def test_empty_prompt_is_a_clear_error(folder, capsys):
+    assert main(["run", "text-generation", "", "--model", str(folder), "--no-chat"]) == 2
+    assert "at least one token" in capsys.readouterr().err
+
+
+def test_non_positive_max_new_tokens_is_rejected(folder, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "text-generation", "x", "--model", str(folder), "--max-new-tokens", "0"])
+    assert exit_info.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err

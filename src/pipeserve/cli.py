@@ -80,6 +80,13 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeserve", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common], help="run a task on one input")
     run.add_argument("task", help="the task, e.g. text-generation")
     run.add_argument("prompt", help="the input text")
-    run.add_argument("--max-new-tokens", type=int, default=64)
+    run.add_argument("--max-new-tokens", type=_positive_int, default=64)
     run.add_argument(
         "--no-chat",
         dest="chat",

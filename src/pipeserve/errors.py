@@ -12,6 +12,10 @@ class PipeserveError(Exception):
     """Base class of every error pipeserve raises on purpose."""
 
 
+class InvalidInputError(PipeserveError, ValueError):
+    """An input or parameter a caller passed is invalid (empty prompt, out-of-range value)."""
+
+
 class ModelNotFoundError(PipeserveError, FileNotFoundError):
     """A model id or path could not be resolved to files (lists every place looked in)."""
 

@@ -12,6 +12,7 @@ from collections.abc import Collection, Sequence
 import torch
 from torch import nn
 
+from ..errors import InvalidInputError
 from ..layers.attention import BatchMetadata, KVCache
 
 
@@ -32,9 +33,17 @@ def greedy_generate(
 
     Returns:
         The new token ids of each prompt, in input order.
+
+    Raises:
+        InvalidInputError: no prompts, an empty prompt, or `max_new_tokens` < 1.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
+        raise InvalidInputError(
+            "every prompt needs at least one token; an empty prompt has nothing to continue "
+            "(pass some text, or a chat whose template adds tokens)"
+        )
+    if max_new_tokens < 1:
+        raise InvalidInputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     cfg = model.config
     param = next(model.parameters())
     max_len = max(len(p) for p in prompts) + max_new_tokens
@@ -52,7 +61,7 @@ def greedy_generate(
     live = list(range(len(prompts)))
     input_ids = [t for p in prompts for t in p]
     query_lens = lengths[:]
-    while live and max_new_tokens > 0:
+    while live:
         meta = BatchMetadata.build(
             query_lens,
             [lengths[i] for i in live],
