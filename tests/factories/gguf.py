@@ -336,3 +336,22 @@ def _add_value(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
         writer.add_string(key, value)
     else:
         writer.add_array(key, value)
+
+
+def write_gguf_from_folder(
+    folder: Path,
+    path: str | Path,
+    qtype: GGMLQuantizationType = GGMLQuantizationType.F32,
+    *,
+    architecture: str = "llama",
+) -> Path:
+    """Convert a tiny HF model folder (config.json + model.safetensors) into a GGUF file."""
+    from safetensors.torch import load_file
+
+    config = json.loads((Path(folder) / "config.json").read_text())
+    # transformers 5.x saves rope_theta inside rope_parameters.
+    config.setdefault("rope_theta", (config.get("rope_parameters") or {}).get("rope_theta", 1e4))
+    state_dict = load_file(Path(folder) / "model.safetensors")
+    if config.get("tie_word_embeddings"):
+        state_dict.pop("lm_head.weight", None)
+    return write_tiny_llama_gguf(path, state_dict, config, qtype, architecture=architecture)
