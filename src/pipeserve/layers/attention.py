@@ -76,10 +76,6 @@ class BatchMetadata:
     _masks: dict[int | None, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
-    def num_seqs(self) -> int:
-        return len(self.query_lens)
-
-    @property
     def last_token_index(self) -> torch.Tensor:
         """(B,) flat index of each sequence's last token in this step (where its next token is read)."""
         ends = torch.tensor(self.query_lens, device=self.seq_ids.device).cumsum(0)

@@ -13,7 +13,6 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -40,12 +39,6 @@ class ParamTarget:
     param: str
     tensor: torch.Tensor
     shard: int | None = None
-
-
-class LoadableModel(Protocol):
-    """What a model offers the loader: how checkpoint names map to its parameters."""
-
-    def checkpoint_targets(self, name: str, tensor: torch.Tensor) -> list[ParamTarget]: ...
 
 
 def iter_safetensors(files: Iterable[Path]) -> Iterator[CheckpointTensor]:
@@ -111,7 +104,8 @@ def load_weights(
     """Assign checkpoint tensors to a model built on the meta device.
 
     Args:
-        model: a module implementing `checkpoint_targets(name, tensor)` (see `LoadableModel`).
+        model: a module with `checkpoint_targets(name, tensor) -> list[ParamTarget]`, which
+            maps each checkpoint name to its parameter(s).
         tensors: the checkpoint's tensors, e.g. from `iter_safetensors`.
         dtype: floating-point tensors are converted to this dtype.
         device: every parameter ends up on this device.
