@@ -172,7 +172,12 @@ class Tokenizer:
 
         Returns:
             The ids.
+
+        Raises:
+            TokenizerError: `text` is not a string.
         """
+        if not isinstance(text, str):
+            raise TokenizerError(f"encode expects a str, got {_describe(text)}")
         return self.encode_batch(
             [text],
             add_special_tokens=add_special_tokens,
